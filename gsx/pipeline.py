@@ -1,0 +1,130 @@
+"""The main job: model → corpus → SAELens training → held-out evaluation → report.
+
+`run_recipe` is what `python -m gsx.run` calls; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gsx.data import TokenizedCorpus, build_corpus, special_token_ids
+from gsx.io import library_versions, write_json_atomic, write_text_atomic
+from gsx.models import load_model, resolve_hf_folder
+from gsx.recipe import Recipe, RecipeError, check_recipe_against_model, dump_recipe_yaml
+
+logger = logging.getLogger(__name__)
+
+
+class RunFolderExistsError(FileExistsError):
+    """The run folder already holds outputs and the recipe does not allow overwriting them."""
+
+
+@dataclass
+class RunSummary:
+    """Paths and headline numbers of a finished run."""
+
+    run_dir: Path
+    sae_dir: Path
+    report: dict[str, Any]
+
+
+def prepare_run_dir(recipe: Recipe) -> Path:
+    """Create the run folder, or raise if it already holds a run and overwriting is off."""
+    run_dir = recipe.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not recipe.run.overwrite:
+        raise RunFolderExistsError(
+            f"run folder {str(run_dir)!r} already contains a run; choose another name with "
+            f"--set run.name=NEW_NAME, or replace it with --set run.overwrite=true"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_recipe(recipe: Recipe) -> RunSummary:
+    """Run the whole main job for `recipe` and return where its outputs are."""
+    from gsx.evaluation.splice import evaluate_sae
+    from gsx.reporting.report import write_report
+    from gsx.training.saelens_runner import train_with_saelens
+
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    timings: dict[str, float] = {}
+    # Find the weights before writing anything, so a missing model stops the run at once.
+    if recipe.model.source != "random":
+        resolve_hf_folder(recipe.model)
+    run_dir = prepare_run_dir(recipe)
+    write_text_atomic(run_dir / "recipe.yaml", dump_recipe_yaml(recipe))
+    write_json_atomic(run_dir / "versions.json", library_versions())
+
+    clock = time.perf_counter()
+    model = load_model(recipe.model)
+    check_recipe_against_model(recipe, model.cfg.n_layers)
+    timings["load_model_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    corpus = build_corpus(recipe.data, model.tokenizer, recipe.run.seed)
+    _check_token_budget(recipe, corpus)
+    timings["tokenize_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    result = train_with_saelens(recipe, model, corpus.train_tokens, run_dir)
+    timings["train_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(result.sae_dir), device=recipe.model.device)
+    eval_tokens = corpus.eval_tokens[: recipe.eval.n_sequences]
+    evaluation = evaluate_sae(
+        model,
+        sae,
+        recipe.sae.hook_name,
+        eval_tokens,
+        special_ids=special_token_ids(model.tokenizer),
+        batch_size=recipe.eval.batch_size,
+        ce_chunk_tokens=recipe.eval.ce_chunk_tokens,
+        dense_threshold=recipe.eval.dense_threshold,
+        include_special_tokens=recipe.eval.include_special_tokens,
+    )
+    timings["eval_s"] = time.perf_counter() - clock
+
+    report = {
+        "run": {"name": recipe.run.name, "folder": str(run_dir), "started_at": started_at,
+                **{k: round(v, 1) for k, v in timings.items()}},
+        "model": {"name": recipe.model.name, "source": recipe.model.source, "hook_name": recipe.sae.hook_name,
+                  "d_in": int(sae.cfg.d_in)},
+        "sae": {"path": str(result.sae_dir), "architecture": "jumprelu", "d_sae": recipe.sae.d_sae,
+                "trainer": recipe.training.trainer, "lr": recipe.training.lr,
+                "l0_coefficient": recipe.sae.l0_coefficient,
+                "jumprelu_sparsity_loss_mode": recipe.sae.jumprelu_sparsity_loss_mode,
+                "jumprelu_init_threshold": recipe.sae.jumprelu_init_threshold,
+                "train_batch_size_tokens": recipe.training.train_batch_size_tokens},
+        "data": {"corpus": corpus.source, "documents": corpus.n_documents, "duplicates_dropped": corpus.n_duplicates,
+                 "eval_documents": corpus.n_eval_documents, "context_size": corpus.context_size,
+                 "training_tokens": recipe.training.training_tokens,
+                 "eval_sequences": int(eval_tokens.shape[0])},
+        "training": {"steps": recipe.training.total_steps,
+                     "first": result.history[0] if result.history else None,
+                     "last": result.history[-1] if result.history else None,
+                     "checkpoints": [str(p) for p in result.checkpoints]},
+        "eval": evaluation.to_dict(),
+        "versions": library_versions(),
+    }
+    write_report(run_dir, report)
+    return RunSummary(run_dir=run_dir, sae_dir=result.sae_dir, report=report)
+
+
+def _check_token_budget(recipe: Recipe, corpus: TokenizedCorpus) -> None:
+    available = corpus.train_tokens.numel()
+    if recipe.training.training_tokens > available:
+        # SAELens loops over the dataset again; say so rather than hide the repetition.
+        logger.warning(
+            "training.training_tokens (%d) exceeds the corpus's %d training tokens; sequences will repeat",
+            recipe.training.training_tokens, available,
+        )
+    if corpus.eval_tokens.shape[0] == 0:
+        raise RecipeError("the held-out split is empty; raise data.eval_fraction or add documents")
