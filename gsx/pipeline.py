@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gsx.data import TokenizedCorpus, build_corpus, special_token_ids
+from gsx.data import TokenizedCorpus, build_corpus
 from gsx.io import library_versions, write_json_atomic, write_text_atomic
 from gsx.models import load_model, resolve_hf_folder
 from gsx.recipe import Recipe, RecipeError, check_recipe_against_model, dump_recipe_yaml
@@ -47,8 +47,7 @@ def prepare_run_dir(recipe: Recipe) -> Path:
 
 def run_recipe(recipe: Recipe) -> RunSummary:
     """Run the whole main job for `recipe` and return where its outputs are."""
-    from gsx.evaluation.splice import evaluate_sae
-    from gsx.reporting.report import write_report
+    from gsx.reporting.run_report import evaluate_and_report
     from gsx.training.saelens_runner import train_with_saelens
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -75,46 +74,12 @@ def run_recipe(recipe: Recipe) -> RunSummary:
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(str(result.sae_dir), device=recipe.model.device)
-    eval_tokens = corpus.eval_tokens[: recipe.eval.n_sequences]
-    evaluation = evaluate_sae(
-        model,
-        sae,
-        recipe.sae.hook_name,
-        eval_tokens,
-        special_ids=special_token_ids(model.tokenizer),
-        batch_size=recipe.eval.batch_size,
-        ce_chunk_tokens=recipe.eval.ce_chunk_tokens,
-        dense_threshold=recipe.eval.dense_threshold,
-        include_special_tokens=recipe.eval.include_special_tokens,
+    report = evaluate_and_report(
+        recipe, model, corpus, result, run_dir,
+        run_info={"name": recipe.run.name, "folder": str(run_dir), "started_at": started_at,
+                  **{k: round(v, 1) for k, v in timings.items()}},
     )
-    timings["eval_s"] = time.perf_counter() - clock
-
-    report = {
-        "run": {"name": recipe.run.name, "folder": str(run_dir), "started_at": started_at,
-                **{k: round(v, 1) for k, v in timings.items()}},
-        "model": {"name": recipe.model.name, "source": recipe.model.source, "hook_name": recipe.sae.hook_name,
-                  "d_in": int(sae.cfg.d_in)},
-        "sae": {"path": str(result.sae_dir), "architecture": "jumprelu", "d_sae": recipe.sae.d_sae,
-                "trainer": recipe.training.trainer, "lr": recipe.training.lr,
-                "l0_coefficient": recipe.sae.l0_coefficient,
-                "jumprelu_sparsity_loss_mode": recipe.sae.jumprelu_sparsity_loss_mode,
-                "jumprelu_init_threshold": recipe.sae.jumprelu_init_threshold,
-                "train_batch_size_tokens": recipe.training.train_batch_size_tokens},
-        "data": {"corpus": corpus.source, "documents": corpus.n_documents, "duplicates_dropped": corpus.n_duplicates,
-                 "eval_documents": corpus.n_eval_documents, "context_size": corpus.context_size,
-                 "training_tokens": recipe.training.training_tokens,
-                 "eval_sequences": int(eval_tokens.shape[0])},
-        "training": {"steps": recipe.training.total_steps,
-                     "first": result.history[0] if result.history else None,
-                     "last": result.history[-1] if result.history else None,
-                     "checkpoints": [str(p) for p in result.checkpoints]},
-        "eval": evaluation.to_dict(),
-        "versions": library_versions(),
-    }
-    write_report(run_dir, report)
+    logger.info("evaluation and report took %.1f s", time.perf_counter() - clock)
     return RunSummary(run_dir=run_dir, sae_dir=result.sae_dir, report=report)
 
 
