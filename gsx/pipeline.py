@@ -48,7 +48,7 @@ def prepare_run_dir(recipe: Recipe) -> Path:
 def run_recipe(recipe: Recipe) -> RunSummary:
     """Run the whole main job for `recipe` and return where its outputs are."""
     from gsx.reporting.run_report import evaluate_and_report
-    from gsx.training.saelens_runner import train_with_saelens
+    from gsx.training.dispatch import train_recipe
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     timings: dict[str, float] = {}
@@ -70,7 +70,8 @@ def run_recipe(recipe: Recipe) -> RunSummary:
     timings["tokenize_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    result = train_with_saelens(recipe, model, corpus.train_tokens, run_dir)
+    results = train_recipe(recipe, model, corpus.train_tokens, run_dir)
+    result = results[0]
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -80,7 +81,31 @@ def run_recipe(recipe: Recipe) -> RunSummary:
                   **{k: round(v, 1) for k, v in timings.items()}},
     )
     logger.info("evaluation and report took %.1f s", time.perf_counter() - clock)
+    if len(results) == 2:
+        _compare_trainers(recipe, model, corpus, results, run_dir)
     return RunSummary(run_dir=run_dir, sae_dir=result.sae_dir, report=report)
+
+
+def _compare_trainers(recipe: Recipe, model: Any, corpus: TokenizedCorpus, results: list, run_dir: Path) -> None:
+    """Write comparison.md / comparison.json for the SAELens and scratch SAEs of a `trainer: both` run."""
+    from gsx.comparison import compare_saes, write_comparison_report
+    from gsx.data import special_token_ids
+    from gsx.loading import load_sae
+
+    saes = [load_sae(str(r.sae_dir), device=recipe.model.device).sae for r in results]
+    comparison = compare_saes(
+        model,
+        saes[0],
+        saes[1],
+        recipe.sae.hook_name,
+        corpus.eval_tokens[: recipe.eval.n_sequences],
+        special_ids=special_token_ids(model.tokenizer),
+        names=("saelens", "scratch"),
+        batch_size=recipe.eval.batch_size,
+        ce_chunk_tokens=recipe.eval.ce_chunk_tokens,
+        dense_threshold=recipe.eval.dense_threshold,
+    )
+    write_comparison_report(comparison, run_dir, stem="comparison")
 
 
 def _check_token_budget(recipe: Recipe, corpus: TokenizedCorpus) -> None:

@@ -113,8 +113,8 @@ class SAEConfig:
 class TrainingConfig:
     """The optimisation: tokens, batch sizes, schedule, checkpoints and logging."""
 
-    trainer: Literal["saelens"] = "saelens"
-    """Training implementation. TODO: `scratch` and `both` arrive with the scratch trainer."""
+    trainer: Literal["saelens", "scratch", "both"] = "saelens"
+    """`saelens` (SAELens's runner), `scratch` (gsx's reference trainer) or `both` on identical activations."""
     training_tokens: int = 400_000
     """Activation vectors (tokens, special tokens excluded) to train on."""
     train_batch_size_tokens: int = 1024

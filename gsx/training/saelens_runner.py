@@ -9,9 +9,11 @@ place, so an interrupted run never leaves half a checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
 from gsx.data import special_token_ids, to_hf_dataset
+from gsx.training.activations import iterate_batches
 from gsx.io import atomic_path, write_json_atomic, write_text_atomic
 from gsx.recipe import Recipe
 
@@ -40,6 +43,8 @@ class TrainingResult:
     """One entry per logged step: step, tokens, loss, mse, l0, fvu, lr, l0_coefficient."""
     checkpoints: list[Path] = field(default_factory=list)
     """Checkpoint folders written during training, oldest first."""
+    trainer: str = "saelens"
+    """Which implementation trained it: `saelens` or `scratch`."""
 
 
 def build_runner_config(recipe: Recipe, d_in: int, checkpoint_root: Path) -> LanguageModelSAERunnerConfig:
@@ -165,8 +170,12 @@ class GsxRunner(LanguageModelSAETrainingRunner):
         self.recipe = recipe
         self.checkpoint_root = checkpoint_root
 
-    def train(self) -> GsxSAETrainer:
-        """Fit the SAE and return the trainer (its `sae` is trained, normalisation folded in)."""
+    def train(self, data_provider: Iterator[torch.Tensor] | None = None) -> GsxSAETrainer:
+        """Fit the SAE and return the trainer (its `sae` is trained, normalisation folded in).
+
+        `data_provider` yields `[train_batch_size_tokens, d_in]` activation batches; by
+        default SAELens's activation store harvests them from the model as it goes.
+        """
         import wandb
 
         self._set_sae_metadata()
@@ -174,7 +183,7 @@ class GsxRunner(LanguageModelSAETrainingRunner):
             wandb.init(project=self.cfg.logger.wandb_project, config=self.cfg.to_dict(), name=self.cfg.logger.run_name)
         trainer = GsxSAETrainer(
             sae=self.sae,
-            data_provider=self.activations_store,
+            data_provider=data_provider if data_provider is not None else self.activations_store,
             evaluator=self.evaluator,
             save_checkpoint_fn=self.save_checkpoint,
             cfg=self.cfg.to_sae_trainer_config(),
@@ -197,8 +206,18 @@ class GsxRunner(LanguageModelSAETrainingRunner):
         return target
 
 
-def train_with_saelens(recipe: Recipe, model: Any, train_tokens: torch.Tensor, run_dir: Path) -> TrainingResult:
-    """Train a JumpReLU SAE on `train_tokens` with SAELens and save it under `run_dir/sae`."""
+def train_with_saelens(
+    recipe: Recipe,
+    model: Any,
+    train_tokens: torch.Tensor,
+    run_dir: Path,
+    activations: torch.Tensor | None = None,
+) -> TrainingResult:
+    """Train a JumpReLU SAE with SAELens and save it under `run_dir/sae`.
+
+    Activations come from SAELens's activation store over `train_tokens`, or from
+    the pre-harvested `[n, d_in]` tensor `activations` when given.
+    """
     torch.manual_seed(recipe.run.seed)
     hook_size = _hook_size(model, recipe.sae.hook_name)
     checkpoint_root = run_dir / "checkpoints"
@@ -219,11 +238,22 @@ def train_with_saelens(recipe: Recipe, model: Any, train_tokens: torch.Tensor, r
         type(runner.sae).__name__, recipe.sae.hook_name, hook_size, recipe.sae.d_sae,
         recipe.training.training_tokens, recipe.training.total_steps, recipe.training.train_batch_size_tokens,
     )
-    trainer = runner.train()
+    provider = None
+    if activations is not None:
+        batch_size = recipe.training.train_batch_size_tokens
+        # SAELens spends the first batches on the normalisation estimate and then draws
+        # fresh ones; the scratch trainer trains on its estimate batches. Serving the
+        # estimate batches twice lines the two trainers up batch for batch.
+        n_estimate = recipe.training.n_batches_for_norm_estimate if recipe.sae.normalize_activations != "none" else 0
+        provider = itertools.chain(
+            itertools.islice(iterate_batches(activations, batch_size), n_estimate),
+            iterate_batches(activations, batch_size),
+        )
+    trainer = runner.train(provider)
     sae_dir = runner.save_final_sae_atomic(trainer, run_dir / "sae")
     history_text = "".join(json.dumps(entry) + "\n" for entry in trainer.history)
     write_text_atomic(run_dir / "training_log.jsonl", history_text)
-    return TrainingResult(sae_dir=sae_dir, history=trainer.history, checkpoints=trainer.checkpoints)
+    return TrainingResult(sae_dir=sae_dir, history=trainer.history, checkpoints=trainer.checkpoints, trainer="saelens")
 
 
 def _hook_size(model: Any, hook_name: str) -> int:
