@@ -7,7 +7,7 @@ Sources, tried in the order a recipe's `model.source` allows:
   fp32 (about 45 s on 2 CPU cores), so the fp32 copy is saved once under the gsx
   cache folder and later loads take seconds.
 - ``local``: a folder in Hugging Face layout (``config.json``, ``*.safetensors``,
-  tokenizer files), as ``huggingface-cli download NAME --local-dir DIR`` writes it.
+  tokenizer files), as ``hf download NAME --local-dir DIR`` (``huggingface-cli download`` in older huggingface_hub) writes it.
 - ``hub``: the Hugging Face cache (``HF_HOME``), and a download when the network
   and ``HF_HUB_OFFLINE`` allow it.
 - ``random``: a tiny randomly initialised model with a byte-level tokenizer, for
@@ -197,7 +197,7 @@ def resolve_hf_folder(spec: ModelSpec) -> Path:
     local_dir = spec.path or f"model/{spec.name.split('/')[-1]}"
     raise ModelNotFoundError(
         f"weights for {spec.name} not found. Tried: " + "; ".join(tried) + ". "
-        f"Download them with `huggingface-cli download {spec.name} --local-dir {local_dir}` "
+        f"Download them with `hf download {spec.name} --local-dir {local_dir}` "
         "(the Gemma licence must be accepted on the hub first), then run again."
     )
 

@@ -29,7 +29,7 @@ def test_missing_weights_name_paths_and_command(tmp_path, monkeypatch):
     message = str(err.value)
     assert str(tmp_path / "model" / "gemma-3-1b-pt") in message
     assert "Hugging Face cache" in message
-    assert "huggingface-cli download google/gemma-3-1b-pt --local-dir" in message
+    assert "hf download google/gemma-3-1b-pt --local-dir" in message
 
 
 def test_local_folder_found(tmp_path):

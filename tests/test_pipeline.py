@@ -101,6 +101,6 @@ def test_cli_missing_1b_weights_stops_before_work(tmp_path, monkeypatch, capsys)
     assert main([str(recipe), "--set", f"run.output_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
     assert "model/gemma-3-1b-pt" in err
-    assert "huggingface-cli download google/gemma-3-1b-pt" in err
+    assert "hf download google/gemma-3-1b-pt" in err
     # The lookup comes first: no run folder was created.
     assert not (tmp_path / "runs").exists()

@@ -1,9 +1,11 @@
 """Load pretrained Gemma Scope SAEs by SAELens release id, or SAE folders from disk, offline-first."""
 
-from gsx.loading.api import LoadedSAE, check_fits_model, hook_size, load_sae
+from gsx.loading.api import load_sae
 from gsx.loading.errors import SAEFormatError, SAELoadError, SAENotFoundError, UnknownSAEError
 from gsx.loading.files import read_safetensors_shapes
+from gsx.loading.loaded import LoadedSAE, check_fits_model, flat_inputs, hook_size
 from gsx.loading.sites import SITES, HookSite, hook_site
+from gsx.loading.splicing import splice_hooks
 
 __all__ = [
     "SITES",
@@ -14,8 +16,10 @@ __all__ = [
     "SAENotFoundError",
     "UnknownSAEError",
     "check_fits_model",
+    "flat_inputs",
     "hook_site",
     "hook_size",
     "load_sae",
     "read_safetensors_shapes",
+    "splice_hooks",
 ]
