@@ -52,7 +52,7 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from and how to build it (the recipe's `model` section)."""
+    """Model name, weight source and build options (the recipe's `model` section)."""
 
     name: str = PACKAGED_MODEL_NAME
     """TransformerLens / Hugging Face model name, e.g. ``google/gemma-3-1b-pt``."""

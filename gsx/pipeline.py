@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class RunFolderExistsError(FileExistsError):
-    """The run folder already holds outputs and the recipe does not allow overwriting them."""
+    """The run folder already contains outputs and the recipe does not allow overwriting them."""
 
 
 @dataclass
@@ -34,7 +34,7 @@ class RunSummary:
 
 
 def prepare_run_dir(recipe: Recipe) -> Path:
-    """Create the run folder, or raise if it already holds a run and overwriting is off."""
+    """Create the run folder, or raise if it already contains a run and overwriting is off."""
     run_dir = recipe.run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not recipe.run.overwrite:
         raise RunFolderExistsError(
@@ -111,7 +111,7 @@ def _compare_trainers(recipe: Recipe, model: Any, corpus: TokenizedCorpus, resul
 def _check_token_budget(recipe: Recipe, corpus: TokenizedCorpus) -> None:
     available = corpus.train_tokens.numel()
     if recipe.training.training_tokens > available:
-        # SAELens loops over the dataset again; say so rather than hide the repetition.
+        # SAELens loops over the dataset again, so warn rather than hide the repetition.
         logger.warning(
             "training.training_tokens (%d) exceeds the corpus's %d training tokens; sequences will repeat",
             recipe.training.training_tokens, available,

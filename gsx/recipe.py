@@ -27,7 +27,7 @@ class RecipeError(ValueError):
     """A recipe key has an invalid value; the message names the key and the fix."""
 
 
-# Layer count and residual width of models gsx knows without loading them, so a
+# Layer count and residual width of models built into gsx, so a
 # recipe's hook can be checked before minutes of loading. Other models are
 # checked against their config.json when it is local, else after loading.
 KNOWN_MODELS: dict[str, tuple[int, int]] = {
@@ -43,7 +43,7 @@ HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_
 
 @dataclass
 class RunConfig:
-    """Where outputs go and how the run is named."""
+    """Output location and name of the run."""
 
     name: str = "gemma3-270m-l5"
     """Run name; outputs go to `<output_dir>/<name>/`."""
@@ -74,7 +74,7 @@ class DataConfig:
     context_size: int = 128
     """Tokens per sequence, the single BOS included."""
     eval_fraction: float = 0.05
-    """Fraction of documents held out for evaluation; training never sees them."""
+    """Fraction of documents held out for evaluation and never trained on."""
 
 
 @dataclass

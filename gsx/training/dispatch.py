@@ -1,4 +1,4 @@
-"""Run the trainer(s) a recipe asks for: SAELens's runner, the scratch trainer, or both.
+"""Run the trainer a recipe names: SAELens's runner, the scratch trainer, or both.
 
 Outputs in the run folder: `sae/` (SAELens format) for `saelens`, `scratch_sae/`
 (gsx-scratch format) for `scratch`, both for `both`. With `both`, activations are

@@ -1,8 +1,8 @@
 """Train a JumpReLU SAE with SAELens's training runner, driven by a gsx recipe.
 
-gsx keeps SAELens's runner, activation store and trainer, and changes three things:
-the progress bar shows live loss, L0 and FVU; checkpoints are taken every
-`checkpoint_every_steps` steps (SAELens spaces a fixed count evenly); and every
+gsx keeps SAELens's runner, activation store and trainer, and changes three things.
+The progress bar shows live loss, L0 and FVU. Checkpoints are taken every
+`checkpoint_every_steps` steps, where SAELens spaces a fixed count evenly. Every
 checkpoint and the final SAE are written to a temporary folder and renamed into
 place, so an interrupted run never leaves half a checkpoint.
 """
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from gsx.data import special_token_ids, to_hf_dataset
 from gsx.training.activations import iterate_batches
-from gsx.io import atomic_path, write_json_atomic, write_text_atomic
+from gsx.io import atomic_path, write_text_atomic
 from gsx.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainingResult:
-    """What a SAELens training run produced."""
+    """Outputs of one training run: the final SAE folder, the training log and the checkpoints."""
 
     sae_dir: Path
     """Folder of the final SAE in SAELens format (`cfg.json`, `sae_weights.safetensors`)."""
@@ -44,7 +44,7 @@ class TrainingResult:
     checkpoints: list[Path] = field(default_factory=list)
     """Checkpoint folders written during training, oldest first."""
     trainer: str = "saelens"
-    """Which implementation trained it: `saelens` or `scratch`."""
+    """Implementation that trained the SAE: `saelens` or `scratch`."""
 
 
 def build_runner_config(recipe: Recipe, d_in: int, checkpoint_root: Path) -> LanguageModelSAERunnerConfig:
@@ -262,7 +262,3 @@ def _hook_size(model: Any, hook_name: str) -> int:
         raise ValueError(f"hook {hook_name!r} does not exist on {model.cfg.model_name}")
     return int(model.cfg.d_model)
 
-
-def write_run_manifest(run_dir: Path, payload: dict[str, Any]) -> None:
-    """Write `run.json` (what ran, where the outputs are) atomically."""
-    write_json_atomic(run_dir / "run.json", payload)
