@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gsx-installed
 RECIPE ?= recipes/gemma3-270m-l5.yaml
 
-.PHONY: install run smoke test
+.PHONY: install system-deps run smoke test
 
 $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,9 @@ run: install
 smoke: install
 	$(PY) -m gsx.run --smoke-test
 
-test: install
+# Debian's chromium renders the dashboards in the browser test (installed only as root).
+system-deps:
+	sh scripts/install-system-deps.sh
+
+test: install system-deps
 	$(PY) -m pytest
