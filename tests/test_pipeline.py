@@ -73,6 +73,39 @@ def test_report_metrics_in_range(smoke_run):
     assert f"{rec['l0']:.4g}" in markdown
 
 
+def test_report_plots_features_and_distributions(smoke_run):
+    recipe, summary = smoke_run
+    report = json.loads((summary.run_dir / "report.json").read_text())
+    markdown = (summary.run_dir / "report.md").read_text()
+    assert report["kind"] == "run"
+    assert set(report["plots"]) == {"feature_density", "l0", "reconstruction_error"}
+    for name in report["plots"].values():
+        assert name.startswith("report_")
+        assert (summary.run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in markdown
+
+    rec = report["eval"]["reconstruction"]
+    distributions = report["eval"]["distributions"]
+    assert sum(distributions["l0"]["histogram"]["counts"]) == rec["n_tokens"]
+    density = distributions["feature_density"]
+    assert sum(density["histogram"]["counts"]) + density["n_dead"] == rec["d_sae"]
+    assert density["n_dead"] == rec["n_dead"]
+    assert report["eval"]["resources"]["peak_rss_mib"] > 0
+
+    ce_sequences = recipe.eval.ce_sequences or recipe.eval.n_sequences
+    assert report["eval"]["splice"]["n_sequences"] == min(ce_sequences, report["data"]["eval_sequences"])
+    assert report["data"]["ce_sequences"] == report["eval"]["splice"]["n_sequences"]
+
+    features = report["features"]
+    assert features["logit_lens"]["applied"] is True
+    top = features["by_frequency"][0]
+    assert top["frequency"] >= features["by_frequency"][-1]["frequency"]
+    assert top["contexts"]
+    assert "«" in top["contexts"][0]["text"]
+    assert top["promoted"][0]["score"] > top["suppressed"][0]["score"]
+    assert "## Top latents" in markdown
+
+
 def test_existing_run_folder_is_kept(smoke_run):
     recipe, summary = smoke_run
     before = (summary.run_dir / "report.json").read_bytes()
