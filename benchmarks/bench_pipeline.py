@@ -9,8 +9,10 @@ of each stage and its throughput, and ratios between stages. Stages:
 - harvest: activations at blocks.5.hook_resid_post for 16 × 128 tokens, the model
   stopping after block 5 (what SAELens's activation store does);
 - forward: the full model on the same tokens (what each evaluation pass costs);
-- ce_chunked: the evaluation's chunked unembedding + log-softmax over the
-  262,144-token vocabulary for the same tokens (one of the three passes);
+- eval_recon: `gsx.evaluation.evaluate_sae` on the same 16 sequences without CE
+  (reconstruction metrics only);
+- eval_ce: the same call with CE and KL (clean, spliced and zero-ablated passes,
+  unembedding over the 262,144-token vocabulary);
 - saelens_step: one SAELens JumpReLU training step, d_sae 2048, 1,024 tokens;
 - scratch_step: one gsx scratch training step on the same batch and settings.
 """
@@ -41,7 +43,10 @@ def main() -> None:
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    from gsx.evaluation.splice import _chunked_log_probs, _final_residual
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    from gsx.data import special_token_ids
+    from gsx.evaluation.splice import evaluate_sae
     from gsx.saes.convert import scratch_from_saelens
     from gsx.training.scratch import ScratchTrainConfig, compute_training_loss
 
@@ -68,13 +73,17 @@ def main() -> None:
         with torch.no_grad():
             model(tokens, return_type=None)
 
-    resid = _final_residual(model, tokens, [])
+    eval_sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=640, d_sae=2048))
+    with torch.no_grad():
+        eval_sae.W_enc.normal_(0, 0.05)
+        eval_sae.W_dec.copy_(eval_sae.W_enc.T)
+    special = special_token_ids(model.tokenizer)
 
-    def ce_chunked() -> None:
-        with torch.no_grad():
-            log_probs = _chunked_log_probs(model, resid, 512)
-            for start in range(0, n_tokens, 512):
-                log_probs(start, min(start + 512, n_tokens))
+    def eval_recon() -> None:
+        evaluate_sae(model, eval_sae, HOOK, tokens, special_ids=special, batch_size=8, compute_ce=False, progress=False)
+
+    def eval_ce() -> None:
+        evaluate_sae(model, eval_sae, HOOK, tokens, special_ids=special, batch_size=8, progress=False)
 
     def saelens_step() -> None:
         out = saelens_sae.training_forward_pass(
@@ -91,7 +100,7 @@ def main() -> None:
         scratch_opt.step()
         scratch_opt.zero_grad()
 
-    stages = {"harvest": (harvest, n_tokens), "forward": (forward, n_tokens), "ce_chunked": (ce_chunked, n_tokens),
+    stages = {"harvest": (harvest, n_tokens), "forward": (forward, n_tokens), "eval_recon": (eval_recon, n_tokens), "eval_ce": (eval_ce, n_tokens),
               "saelens_step": (saelens_step, 1024), "scratch_step": (scratch_step, 1024)}
     times: dict[str, list[float]] = {name: [] for name in stages}
     for name, (fn, _) in stages.items():  # warm-up
@@ -111,7 +120,8 @@ def main() -> None:
         "ratios": {
             "scratch_step / saelens_step": medians["scratch_step"] / medians["saelens_step"],
             "forward / harvest": medians["forward"] / medians["harvest"],
-            "ce_chunked / forward": medians["ce_chunked"] / medians["forward"],
+            "eval_ce / eval_recon": medians["eval_ce"] / medians["eval_recon"],
+            "eval_ce / forward": medians["eval_ce"] / medians["forward"],
             "harvest per token / saelens_step per token":
                 (medians["harvest"] / n_tokens) / (medians["saelens_step"] / 1024),
         },

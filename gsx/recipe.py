@@ -85,7 +85,7 @@ class SAEConfig:
     """TransformerLens hook whose activations the SAE reconstructs."""
     d_sae: int = 2048
     """Number of latents."""
-    jumprelu_init_threshold: float = 0.5
+    jumprelu_init_threshold: float = 0.1
     """Initial threshold of every latent (in normalised activation units when normalisation is on)."""
     jumprelu_bandwidth: float = 0.05
     """Width ε of the rectangle kernel in the straight-through estimator."""
@@ -95,7 +95,7 @@ class SAEConfig:
     """Scale inside tanh for the `tanh` sparsity mode."""
     target_l0: float | None = None
     """Target L0 for the `quadratic` sparsity mode (required there)."""
-    l0_coefficient: float = 2.0
+    l0_coefficient: float = 0.5
     """Weight of the sparsity penalty."""
     l0_warm_up_steps: int = 0
     """Steps over which the sparsity coefficient ramps linearly from 0."""
@@ -115,7 +115,7 @@ class TrainingConfig:
 
     trainer: Literal["saelens", "scratch", "both"] = "saelens"
     """`saelens` (SAELens's runner), `scratch` (gsx's reference trainer) or `both` on identical activations."""
-    training_tokens: int = 400_000
+    training_tokens: int = 300_000
     """Activation vectors (tokens, special tokens excluded) to train on."""
     train_batch_size_tokens: int = 1024
     """Tokens per optimiser step."""
@@ -129,9 +129,9 @@ class TrainingConfig:
     """Steps of linear learning-rate warm-up."""
     lr_decay_steps: int = 60
     """Final steps of linear learning-rate decay to zero (0: constant after warm-up)."""
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = 100
     """Save a checkpoint every this many steps (0: only the final SAE)."""
-    log_every_steps: int = 20
+    log_every_steps: int = 10
     """Refresh the progress bar's loss, L0 and FVU every this many steps."""
     store_batch_size_prompts: int = 16
     """Sequences per model forward pass when harvesting activations."""
@@ -155,7 +155,7 @@ class TrainingConfig:
 class EvalConfig:
     """The held-out evaluation that ends every run."""
 
-    n_sequences: int = 256
+    n_sequences: int = 64
     """Held-out sequences to evaluate on (fewer if the split is smaller)."""
     batch_size: int = 8
     """Sequences per forward pass during evaluation."""

@@ -118,3 +118,9 @@ def test_yaml_is_safe_loaded(tmp_path):
 def test_files_corpus_needs_path():
     with pytest.raises(RecipeError, match="data.path"):
         load_recipe(None, ["data.corpus=files"])
+
+
+def test_builtin_defaults_match_default_recipe():
+    # Commands that take no --recipe use the built-in defaults; they must be the
+    # same run as recipes/gemma3-270m-l5.yaml.
+    assert load_recipe(None) == load_recipe(REPO / "recipes" / "gemma3-270m-l5.yaml")
