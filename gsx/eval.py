@@ -112,11 +112,8 @@ def check_out_dir(out: Path) -> None:
 
 def load_checkpoint(checkpoint: str, sae_id: str | None, device: str) -> Any:
     """Load the SAE as a gsx.loading.LoadedSAE; raise EvalInputError for input that names no loadable SAE."""
-    try:
-        from gsx.loading import SAELoadError, load_sae
-    except ImportError:
-        # NOTE: without gsx.loading only SAELens-format folders load, with their own hook names.
-        return _load_saelens_folder(checkpoint, sae_id, device)
+    from gsx.loading import SAELoadError, load_sae
+
     try:
         return load_sae(checkpoint, sae_id, device=device)
     except SAELoadError as err:
@@ -124,22 +121,6 @@ def load_checkpoint(checkpoint: str, sae_id: str | None, device: str) -> Any:
         if isinstance(err, FileNotFoundError) and sae_id is None:
             hint = " (give an existing SAE folder, or a SAELens release id with --sae-id)"
         raise EvalInputError(f"--checkpoint {checkpoint!r}: {err}{hint}") from err
-
-
-def _load_saelens_folder(checkpoint: str, sae_id: str | None, device: str) -> Any:
-    from types import SimpleNamespace
-
-    from sae_lens import SAE
-
-    path = Path(checkpoint).expanduser()
-    if sae_id is not None or not (path / "cfg.json").is_file():
-        raise EvalInputError(f"--checkpoint {checkpoint!r} is not a SAELens folder (no cfg.json), and release ids "
-                             "need gsx.loading, which is not installed")
-    sae = SAE.load_from_disk(str(path), device=device)
-    hook = sae.cfg.metadata.hook_name
-    return SimpleNamespace(sae=sae, hook_name=hook, hook_name_out=hook, release=None, sae_id=None, path=path,
-                           d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), d_out=int(sae.cfg.d_in),
-                           kind="saelens", model_name=sae.cfg.metadata.model_name, layer=None)
 
 
 def _short_model_name(name: str | None) -> str:
@@ -288,16 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    rec, splice = report["eval"]["reconstruction"], report["eval"]["splice"]
+    from gsx.reporting.report import format_summary_line
+
     print(f"\nreport: {md_path}")
     print(f"json:   {json_path}")
-    print(f"L0 {rec['l0']:.1f} of {rec['d_sae']}, explained variance {rec['explained_variance']:.3f}, "
-          f"dead {rec['n_dead']}", end="")
-    if splice:
-        print(f", CE clean {splice['ce_loss_clean']:.3f} -> spliced {splice['ce_loss_spliced']:.3f} "
-              f"({splice['ce_loss_recovered']:.1%} recovered)")
-    else:
-        print()
+    print(format_summary_line(report))
     return 0
 
 

@@ -55,17 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    rec = summary.report["eval"]["reconstruction"]
-    splice = summary.report["eval"]["splice"]
+    from gsx.reporting.report import format_summary_line
+
     print(f"\nSAE written to {summary.sae_dir}")
     print(f"report: {summary.run_dir / 'report.md'}")
-    print(f"held-out: L0 {rec['l0']:.1f} of {rec['d_sae']}, explained variance {rec['explained_variance']:.3f}, "
-          f"dead {rec['n_dead']}", end="")
-    if splice:
-        print(f", CE clean {splice['ce_loss_clean']:.3f} -> spliced {splice['ce_loss_spliced']:.3f} "
-              f"({splice['ce_loss_recovered']:.1%} recovered)")
-    else:
-        print()
+    print(f"held-out: {format_summary_line(summary.report)}")
     return 0
 
 

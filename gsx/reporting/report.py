@@ -287,3 +287,13 @@ def write_report(folder: Path, report: dict[str, Any], stem: str = "report") -> 
     """Write the report files as `write_report_files` does; return the JSON and Markdown paths."""
     _, json_path, md_path = write_report_files(folder, report, stem)
     return json_path, md_path
+
+
+def format_summary_line(report: dict[str, Any]) -> str:
+    """Return the one-line summary the command lines print: L0, explained variance, dead latents, CE."""
+    rec, splice = report["eval"]["reconstruction"], report["eval"].get("splice")
+    line = f"L0 {rec['l0']:.1f} of {rec['d_sae']}, explained variance {rec['explained_variance']:.3f}, dead {rec['n_dead']}"
+    if splice:
+        line += (f", CE clean {splice['ce_loss_clean']:.3f} -> spliced {splice['ce_loss_spliced']:.3f} "
+                 f"({splice['ce_loss_recovered']:.1%} recovered)")
+    return line
