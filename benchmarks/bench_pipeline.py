@@ -1,6 +1,6 @@
 """Time the stages of the main job side by side on the packaged Gemma 3 270M.
 
-Usage: .venv/bin/python benchmarks/bench_pipeline.py [--repeats 7] [--out benchmarks/results.json]
+Usage: .venv/bin/python -m benchmarks.bench_pipeline [--repeats 7] [--out benchmarks/results.json]
 
 Every stage runs `--repeats` times in the same process, interleaved round-robin so
 that background load affects all stages alike; the script prints the median time
