@@ -231,6 +231,17 @@ def test_eval_on_gemma_after_short_training(tmp_path, gemma_model, monkeypatch):
                          overrides + ["eval.n_sequences=1"])
     summary = run_recipe(recipe)
 
+    # The run folder holds everything a run promises, and SAELens itself reloads the SAE.
+    from sae_lens import SAE
+
+    names = {p.name for p in summary.run_dir.iterdir()}
+    assert {"recipe.yaml", "versions.json", "sae", "training_log.jsonl", "report.md", "report.json"} <= names
+    reloaded = SAE.load_from_disk(str(summary.sae_dir))
+    assert reloaded.cfg.d_in == 640
+    assert reloaded.cfg.d_sae == 1024
+    assert reloaded.cfg.metadata.hook_name == "blocks.5.hook_resid_post"
+    assert reloaded.cfg.metadata.model_name == "google/gemma-3-270m"
+
     out = tmp_path / "eval"
     assert main(["--checkpoint", str(summary.sae_dir), "--out", str(out), "--no-progress",
                  "--set", "eval.n_sequences=8"]) == 0
