@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +19,11 @@ from gsx.models import load_model, resolve_hf_folder
 from gsx.recipe import Recipe, RecipeError, check_recipe_against_model, dump_recipe_yaml
 
 logger = logging.getLogger(__name__)
+
+
+# Outputs that mark a folder as holding a run; a folder with only recipe.yaml and
+# versions.json is a run that stopped before training and may be reused.
+RUN_OUTPUTS = ("sae", "scratch_sae", "checkpoints", "scratch_checkpoints", "report.json")
 
 
 class RunFolderExistsError(FileExistsError):
@@ -36,7 +42,11 @@ class RunSummary:
 def prepare_run_dir(recipe: Recipe) -> Path:
     """Create the run folder, or raise if it already contains a run and overwriting is off."""
     run_dir = recipe.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not recipe.run.overwrite:
+    if run_dir.exists() and recipe.run.overwrite:
+        # The user asked for a fresh run: drop the old one whole, so no stale SAE,
+        # log or comparison is left beside the new outputs.
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and any((run_dir / name).exists() for name in RUN_OUTPUTS):
         raise RunFolderExistsError(
             f"run folder {str(run_dir)!r} already contains a run; choose another name with "
             f"--set run.name=NEW_NAME, or replace it with --set run.overwrite=true"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -248,12 +249,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # inf and nan would train a NaN SAE and still exit 0.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise RecipeError(f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}")
+    raise RecipeError(f"{key}: {value!r} is not a valid value; expected a finite {_type_name(tp)}"
+                      if tp is float else f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gsx.models import ModelNotFoundError
     from gsx.pipeline import RunFolderExistsError, run_recipe
+    from gsx.training.saelens_runner import TrainingInterrupted
 
     try:
         recipe = load_recipe(SMOKE_RECIPE if args.smoke_test else args.recipe, args.overrides)
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ModelNotFoundError, RunFolderExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"\n{err}; load it with sae_lens.SAE.load_from_disk or gsx.loading.load_sae", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started; nothing was trained", file=sys.stderr)
+        return 130
 
     from gsx.reporting.report import format_summary_line
 

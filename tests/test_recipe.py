@@ -124,3 +124,9 @@ def test_builtin_defaults_match_default_recipe():
     # Commands that take no --recipe use the built-in defaults; they must be the
     # same run as recipes/gemma3-270m-l5.yaml.
     assert load_recipe(None) == load_recipe(REPO / "recipes" / "gemma3-270m-l5.yaml")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_numbers_rejected(value):
+    with pytest.raises(RecipeError, match="finite"):
+        load_recipe(None, [f"training.lr={value}"])

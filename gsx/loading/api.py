@@ -239,9 +239,30 @@ def _load_saelens_folder(folder: Path, *, device: str, dtype: torch.dtype) -> SA
     read_safetensors_shapes(folder / "sae_weights.safetensors")
     read_json(folder / "cfg.json")
     try:
-        return SAE.load_from_disk(folder, device=device, dtype=dtype_to_str(dtype))
+        sae = SAE.load_from_disk(folder, device=device, dtype=dtype_to_str(dtype))
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
         raise SAEFormatError(f"invalid SAELens SAE folder {folder}: {type(err).__name__}: {err}") from err
+    _fold_checkpoint_scaler(sae, folder)
+    return sae
+
+
+def _fold_checkpoint_scaler(sae: SAE, folder: Path) -> None:
+    """Fold a training checkpoint's activation scale into the weights, so the SAE takes raw activations.
+
+    SAELens folds the scale only into the final SAE. Its mid-training checkpoints keep
+    unscaled weights plus `activation_scaler.json`, and without folding every metric
+    would be computed on inputs hundreds of times too large.
+    """
+    scaler_path = folder / "activation_scaler.json"
+    if not scaler_path.is_file() or getattr(sae.cfg, "normalize_activations", "none") != "expected_average_only_in":
+        return
+    scaler = read_json(scaler_path)
+    if scaler.get("has_whitening"):
+        raise SAEFormatError(f"{folder} is a whitened SAELens checkpoint; gsx cannot fold whitening into the weights")
+    factor = scaler.get("scaling_factor")
+    if factor is not None:
+        sae.fold_activation_norm_scaling_factor(float(factor))
+        logger.info("folded the checkpoint's activation scaling factor %.6g into %s", factor, folder)
 
 
 def _load_scratch(folder: Path, cfg: dict[str, Any], *, device: str, dtype: torch.dtype) -> LoadedSAE:

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,15 @@ class GsxSAETrainer(SAETrainer):
         logger.info("checkpoint written to %s", target)
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM; `checkpoint` is the folder holding the progress so far."""
+
+    def __init__(self, checkpoint: Path, step: int):
+        super().__init__(f"training interrupted at step {step}; progress saved in {checkpoint}")
+        self.checkpoint = checkpoint
+        self.step = step
+
+
 class GsxRunner(LanguageModelSAETrainingRunner):
     """SAELens's runner using GsxSAETrainer and writing the final SAE atomically."""
 
@@ -195,6 +205,22 @@ class GsxRunner(LanguageModelSAETrainingRunner):
         if self.cfg.logger.log_to_wandb:
             wandb.finish()
         return trainer
+
+    def run_trainer_with_interruption_handling(self, trainer: GsxSAETrainer) -> Any:
+        """Fit, turning SIGINT / SIGTERM into a checkpoint in the run folder and TrainingInterrupted."""
+        from sae_lens.training._interruption import InterruptedException, interrupt_callback
+
+        signal.signal(signal.SIGINT, interrupt_callback)
+        signal.signal(signal.SIGTERM, interrupt_callback)
+        try:
+            return trainer.fit()
+        except (KeyboardInterrupt, InterruptedException) as err:
+            name = f"interrupted_step_{trainer.n_training_steps:07d}"
+            trainer.save_checkpoint(checkpoint_name=name)
+            raise TrainingInterrupted(self.checkpoint_root / name, trainer.n_training_steps) from err
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def save_final_sae_atomic(self, trainer: GsxSAETrainer, target: Path) -> Path:
         """Write the trained SAE in SAELens inference format to `target`."""

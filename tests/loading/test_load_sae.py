@@ -356,3 +356,27 @@ def test_negative_threshold_is_logged(hf_cache, caplog):
     load_sae(case[0], case[1])
 
     assert "32 of 32 thresholds are negative" in caplog.text
+
+
+def test_checkpoint_scaler_folded(tmp_path):
+    """A SAELens training checkpoint's activation scale is folded in, so raw inputs give the trained outputs."""
+    import json
+
+    from sae_lens import JumpReLUSAE as SAELensJumpReLU
+    from sae_lens import JumpReLUSAEConfig
+
+    torch.manual_seed(0)
+    sae = SAELensJumpReLU(JumpReLUSAEConfig(d_in=8, d_sae=16, normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        sae.W_enc.normal_()
+        sae.W_dec.normal_()
+        sae.threshold.fill_(0.1)
+    sae.save_model(str(tmp_path))
+    factor = 0.01
+    (tmp_path / "activation_scaler.json").write_text(json.dumps({"scaling_factor": factor, "has_whitening": False}))
+
+    loaded = load_sae(str(tmp_path)).sae
+    x = torch.randn(5, 8) * 100
+    expected = sae.decode(sae.encode(x * factor)) / factor
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)), expected, rtol=1e-5, atol=1e-4)
+    assert loaded.cfg.normalize_activations == "none"
