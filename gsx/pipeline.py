@@ -102,7 +102,8 @@ def _compare_trainers(recipe: Recipe, model: Any, corpus: TokenizedCorpus, resul
     from gsx.data import special_token_ids
     from gsx.loading import load_sae
 
-    saes = [load_sae(str(r.sae_dir), device=recipe.model.device).sae for r in results]
+    # LoadedSAE objects carry their folder and kind into the comparison report.
+    saes = [load_sae(str(r.sae_dir), device=recipe.model.device) for r in results]
     comparison = compare_saes(
         model,
         saes[0],

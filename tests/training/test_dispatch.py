@@ -68,6 +68,9 @@ def test_both_trainers_agree_on_identical_activations(both_run):
 def test_both_comparison_metrics_close(both_run):
     _, summary = both_run
     comparison = json.loads((summary.run_dir / "comparison.json").read_text())
+    assert comparison["a"]["kind"] == "saelens"
+    assert comparison["b"]["kind"] == "gsx-scratch"
+    assert comparison["b"]["source"].endswith("scratch_sae")
     a, b = comparison["a"]["metrics"], comparison["b"]["metrics"]
     assert b["l0"] == pytest.approx(a["l0"], rel=0.05)
     assert b["fvu"] == pytest.approx(a["fvu"], rel=0.05, abs=2e-3)
