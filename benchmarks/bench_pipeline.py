@@ -3,8 +3,8 @@
 Usage: .venv/bin/python -m benchmarks.bench_pipeline [--repeats 7] [--out benchmarks/results.json]
 
 Every stage runs `--repeats` times in the same process, interleaved round-robin so
-that background load affects all stages alike; the script prints the median time
-of each stage and its throughput, and ratios between stages. Stages:
+that background load affects all stages alike. The script prints the median time
+of each stage, its throughput, and ratios between stages. Stages:
 
 - harvest: activations at blocks.5.hook_resid_post for 16 × 128 tokens, the model
   stopping after block 5 (what SAELens's activation store does);

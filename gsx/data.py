@@ -1,9 +1,10 @@
 """Corpora, tokenization, BOS handling and the train / held-out split.
 
-Pipeline: read documents → drop near-empty ones → drop exact duplicates →
-split by document (the held-out documents are never trained on) → tokenize each
-document without special tokens → join the documents of a split with a blank line
-→ cut into sequences of `context_size - 1` tokens → put one BOS in front of each.
+Pipeline: read documents, drop near-empty ones and exact duplicates, then split
+by document, so the held-out documents are never trained on. Each document is
+tokenized without special tokens, the documents of a split are joined with a
+blank line, and the token stream is cut into sequences of `context_size - 1`
+tokens with one BOS put in front of each.
 
 So every sequence starts with exactly one BOS and contains no other special
 token. Sequences start mid-document, as in SAELens's pretokenized datasets, and

@@ -21,8 +21,8 @@ from gsx.recipe import Recipe, RecipeError, check_recipe_against_model, dump_rec
 logger = logging.getLogger(__name__)
 
 
-# Outputs that mark a folder as holding a run; a folder with only recipe.yaml and
-# versions.json is a run that stopped before training and may be reused.
+# Outputs that mark a folder as containing a run. A folder with only recipe.yaml
+# and versions.json is a run that stopped before training, so it may be reused.
 RUN_OUTPUTS = ("sae", "scratch_sae", "checkpoints", "scratch_checkpoints", "report.json")
 
 

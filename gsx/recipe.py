@@ -1,7 +1,7 @@
 """Run recipes: the typed schema, YAML loading, `--set` overrides and validation.
 
 A recipe is a YAML file with the sections `run`, `model`, `data`, `sae`,
-`training` and `eval`. Every key maps to a dataclass field below; unknown keys,
+`training` and `eval`. Every key maps to a dataclass field below. Unknown keys,
 wrong types and out-of-range values are rejected before any model loads, with one
 `RecipeError` that names the key, the value and what is allowed.
 """

@@ -231,7 +231,7 @@ def test_eval_on_gemma_after_short_training(tmp_path, gemma_model, monkeypatch):
                          overrides + ["eval.n_sequences=1"])
     summary = run_recipe(recipe)
 
-    # The run folder holds everything a run promises, and SAELens itself reloads the SAE.
+    # The run folder contains every promised output, and SAELens itself reloads the SAE.
     from sae_lens import SAE
 
     names = {p.name for p in summary.run_dir.iterdir()}
