@@ -182,18 +182,6 @@ def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.sub_(_logsumexp_rows(logits))
 
 
-def _chunked_log_probs(
-    model: Any, resid: torch.Tensor, chunk: int
-) -> Callable[[int, int], torch.Tensor]:
-    """Return a function giving float32 log-probs for flat positions [start, end) of `resid`."""
-    flat = resid.reshape(-1, resid.shape[-1])
-
-    def log_probs(start: int, end: int) -> torch.Tensor:
-        return _log_softmax_(_unembed(model, flat[start:end]))
-
-    return log_probs
-
-
 def _final_residual(model: Any, tokens: torch.Tensor, fwd_hooks: list, **forward_kwargs: Any) -> torch.Tensor:
     """Run the model without unembedding and return the output of the final norm `[batch, pos, d_model]`.
 
